@@ -1,0 +1,172 @@
+# SPDX-License-Identifier: MIT
+"""The ``opstate`` command: ``run`` an operation, ask its ``status``, ``wait`` for or ``watch`` it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+from opstate.errors import Busy, Error, InvalidKind, RuntimeDirError, Unavailable
+from opstate.lock import check_kind, operation
+from opstate.names import KINDS
+from opstate.state import State, format_duration, probe
+
+__all__ = ["main"]
+
+EX_OK = 0
+EX_USAGE = 64
+EX_UNAVAILABLE = 69
+EX_OSERR = 71
+EX_TEMPFAIL = 75
+EX_NOPERM = 77
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class UsageError(Exception):
+    """Bad command-line words: exit 64 with the message."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"seconds must be 0 or more, not {text!r}")
+    return value
+
+
+def _exit_code(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 255:
+        raise argparse.ArgumentTypeError(f"an exit code is a number from 0 to 255, not {text!r}")
+    return int(text)
+
+
+def _say(message: str) -> None:
+    print(f"opstate: {message}", file=sys.stderr, flush=True)
+
+
+def _print_state(state: State, as_json: bool) -> None:
+    print(json.dumps(state.to_json()) if as_json else state.describe(), flush=True)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    if args.direct:
+        state = probe(args.runtime_dir)
+    else:
+        from opstate import client  # the D-Bus stack is loaded only by the commands that use it
+
+        state = client.get_state(args.bus)
+    _print_state(state, args.json)
+    return EX_OK
+
+
+def _forward_signals(child: subprocess.Popen[bytes]) -> dict[int, Callable[..., object] | int | None]:
+    def forward(signum: int, _frame: object) -> None:
+        child.send_signal(signum)
+
+    return {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    kind = check_kind(args.kind)
+    command = args.command
+
+    def report(state: State, waited: float) -> None:
+        _say(f"waiting to start {kind} for {format_duration(waited)}: {state.describe()}")
+
+    with operation(kind, wait=args.wait, runtime_dir=args.runtime_dir,
+                   command=os.path.basename(command[0]), on_wait=report):
+        try:
+            child = subprocess.Popen(command)
+        except OSError as exc:
+            _say(f"cannot run {command[0]}: {exc.strerror}")
+            return 127 if isinstance(exc, FileNotFoundError) else 126
+        previous = _forward_signals(child)
+        try:
+            code = child.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    return 128 - code if code < 0 else code
+
+
+def _parser() -> _Parser:
+    common = _Parser(add_help=False)
+    common.add_argument("--runtime-dir", metavar="DIR",
+                        help="where the lock lives (default $OPSTATE_RUNTIME_DIR or /run/opstate)")
+    parser = _Parser(prog="opstate", description="Run and observe backup, restore and upgrade operations.")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", parents=[common], help="run a command while holding the operation lock",
+                         usage="opstate run KIND [--wait[=SECONDS]] [--conflict-exit-code N] -- CMD [ARGS...]")
+    run.add_argument("kind", metavar="KIND", help=f"one of {', '.join(KINDS)}")
+    run.add_argument("--wait", nargs="?", type=_seconds, const=None, default=0.0, metavar="SECONDS",
+                     help="wait for a running operation to end (forever, or up to SECONDS)")
+    run.add_argument("--conflict-exit-code", type=_exit_code, default=EX_TEMPFAIL, metavar="N",
+                     help="exit code when another operation is in progress (default 75)")
+    run.set_defaults(func=_cmd_run)
+
+    status = sub.add_parser("status", parents=[common], help="say whether an operation is in progress")
+    status.add_argument("--json", action="store_true", help="print JSON with camelCase keys")
+    status.add_argument("--direct", action="store_true", help="read the lock itself instead of asking the daemon")
+    status.add_argument("--bus", help="system, session or a D-Bus address (default $OPSTATE_BUS or system)")
+    status.set_defaults(func=_cmd_status)
+    return parser
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    words, command = argv, []
+    if argv[:1] == ["run"]:
+        if "--" not in argv:
+            raise UsageError("opstate run: missing '--' before the command: "
+                             "opstate run KIND [--wait[=SECONDS]] -- CMD [ARGS...]")
+        cut = argv.index("--")
+        words, command = argv[:cut], argv[cut + 1 :]
+        if not command:
+            raise UsageError("opstate run: no command after '--'")
+    args = _parser().parse_args(words)
+    args.command = command
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``opstate`` command with ``argv`` (default ``sys.argv[1:]``) and return its exit code."""
+    try:
+        args = _parse(sys.argv[1:] if argv is None else argv)
+        return int(args.func(args))
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return EX_USAGE
+    except InvalidKind as exc:
+        _say(str(exc))
+        return EX_USAGE
+    except Busy as exc:
+        _say(str(exc))
+        return int(getattr(args, "conflict_exit_code", EX_TEMPFAIL))
+    except Unavailable as exc:
+        _say(f"{exc}; is the opstate daemon running? (systemctl status opstate)")
+        return EX_UNAVAILABLE
+    except RuntimeDirError as exc:
+        _say(str(exc))
+        return EX_NOPERM if isinstance(exc.__cause__, PermissionError) else EX_OSERR
+    except Error as exc:
+        _say(str(exc))
+        return EX_OSERR
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
