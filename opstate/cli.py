@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
+from opstate import runtime
 from opstate.errors import Busy, Error, InvalidKind, RuntimeDirError, Unavailable
 from opstate.lock import check_kind, operation
 from opstate.names import KINDS
@@ -72,6 +73,61 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _inside_own_operation(runtime_dir: str | None) -> State | None:
+    """The operation this process runs inside, if $OPSTATE_HELD names a live ancestor holder."""
+    from opstate.lock import held_by_ancestor
+
+    try:
+        return held_by_ancestor(runtime.resolve(runtime_dir))
+    except Error:
+        return None
+
+
+def _cmd_wait(args: argparse.Namespace) -> int:
+    from opstate.client import StateWatcher
+
+    own = _inside_own_operation(args.runtime_dir)
+    if own is not None:
+        _say(f"cannot wait: this process runs inside {own.describe()}, which cannot end while we wait")
+        return EX_TEMPFAIL
+    with StateWatcher(args.bus) as watcher:
+        try:
+            state = watcher.wait_for(lambda s: s is None or not s.in_progress, args.timeout)
+        except TimeoutError as exc:
+            _say(f"gave up waiting after {format_duration(args.timeout)}: {exc}")
+            return EX_TEMPFAIL
+    if state is None:
+        raise Unavailable("the opstate daemon is not running or not reachable")
+    return EX_OK
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from opstate.client import StateWatcher
+
+    def show(state: State | None) -> None:
+        if state is None:
+            print(json.dumps({"inProgress": None}) if args.json else "unknown: the daemon is not reachable",
+                  flush=True)
+        else:
+            _print_state(state, args.json)
+
+    stop = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # before the watcher's thread starts, so it inherits it
+    with StateWatcher(args.bus, on_change=show):
+        signal.sigwait(stop)
+    return EX_OK
+
+
+def _cmd_daemon(args: argparse.Namespace) -> int:
+    from opstate import daemon
+
+    argv = ["--log-level", args.log_level]
+    for flag, value in (("--bus", args.bus), ("--runtime-dir", args.runtime_dir), ("--group", args.group)):
+        if value:
+            argv += [flag, value]
+    return daemon.main(argv)
+
+
 def _forward_signals(child: subprocess.Popen[bytes]) -> dict[int, Callable[..., object] | int | None]:
     def forward(signum: int, _frame: object) -> None:
         child.send_signal(signum)
@@ -123,6 +179,22 @@ def _parser() -> _Parser:
     status.add_argument("--direct", action="store_true", help="read the lock itself instead of asking the daemon")
     status.add_argument("--bus", help="system, session or a D-Bus address (default $OPSTATE_BUS or system)")
     status.set_defaults(func=_cmd_status)
+
+    wait = sub.add_parser("wait", parents=[common], help="block until no operation is in progress")
+    wait.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="give up (exit 75) after SECONDS")
+    wait.add_argument("--bus", help="system, session or a D-Bus address")
+    wait.set_defaults(func=_cmd_wait)
+
+    watch = sub.add_parser("watch", parents=[common], help="print one line per state change until interrupted")
+    watch.add_argument("--json", action="store_true", help="print JSON lines")
+    watch.add_argument("--bus", help="system, session or a D-Bus address")
+    watch.set_defaults(func=_cmd_watch)
+
+    daemon = sub.add_parser("daemon", parents=[common], help="run the daemon (same as opstated)")
+    daemon.add_argument("--bus", help="system, session or a D-Bus address (default $OPSTATE_BUS or system)")
+    daemon.add_argument("--group", help="group owning a runtime directory the daemon creates")
+    daemon.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    daemon.set_defaults(func=_cmd_daemon)
     return parser
 
 

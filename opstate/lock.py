@@ -24,7 +24,7 @@ from opstate.names import HELD_ENV, KINDS, LOCK_NAME
 from opstate.state import State, probe
 from opstate.watch import IN_CLOSE_WRITE, DirWatch
 
-__all__ = ["WaitCallback", "check_kind", "operation"]
+__all__ = ["WaitCallback", "check_kind", "held_by_ancestor", "operation"]
 
 #: Called now and then while waiting, with the state we wait for and the seconds waited so far.
 WaitCallback = Callable[[State, float], None]
@@ -138,7 +138,7 @@ def _checked(fd: int, directory: Path, kind: str, wait: float | None, on_wait: W
     return _acquire(directory, kind, wait, on_wait)
 
 
-def _held_by_ancestor(directory: Path) -> State | None:
+def held_by_ancestor(directory: Path) -> State | None:
     """Return the state if our environment names an operation that an ancestor (or we) really hold."""
     value = os.environ.get(HELD_ENV, "")
     kind, _, pid_text = value.partition(":")
@@ -172,7 +172,7 @@ def operation(
         raise ValueError(f"wait must be None or >= 0 seconds, not {wait}")
     directory = runtime.resolve(runtime_dir)
     runtime.prepare(directory, group)
-    held = _held_by_ancestor(directory)
+    held = held_by_ancestor(directory)
     if held is not None:
         if held.operation != kind:
             raise Busy(kind, held, f"this process runs inside it (${HELD_ENV}); nested operations must be "

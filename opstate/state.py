@@ -31,8 +31,11 @@ class State:
     since: float | None = None
     command: str = ""
 
-    def describe(self, now: float | None = None) -> str:
-        """One line for people: ``idle`` or ``upgrade in progress (pid 4242 upgrade.sh, since …, 3m12s)``."""
+    def describe(self, now: float | None = None, *, age: bool = True) -> str:
+        """One line for people: ``idle`` or ``upgrade in progress (pid 4242 upgrade.sh, since …, 3m12s)``.
+
+        ``age=False`` leaves out the running time, for text that is not re-rendered as time passes.
+        """
         if not self.in_progress:
             return "idle"
         what = f"{self.operation} in progress" if self.operation else "an operation is in progress"
@@ -40,8 +43,10 @@ class State:
         if self.since is None:
             return f"{what} ({who})"
         clock = datetime.fromtimestamp(self.since).strftime("%H:%M:%S")
-        age = format_duration((time.time() if now is None else now) - self.since)
-        return f"{what} ({who}, since {clock}, {age})"
+        if not age:
+            return f"{what} ({who}, since {clock})"
+        running = format_duration((time.time() if now is None else now) - self.since)
+        return f"{what} ({who}, since {clock}, {running})"
 
     def to_json(self) -> dict[str, Any]:
         """The stable camelCase form used by ``opstate status --json``."""

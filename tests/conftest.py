@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from services import Daemon, PrivateBus
 
 HOLDER = """
 import sys, time, opstate
@@ -88,3 +89,20 @@ def procs() -> Iterator[Procs]:
     p = Procs()
     yield p
     p.kill_all()
+
+
+@pytest.fixture
+def bus(base_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PrivateBus]:
+    """A private session-like dbus-daemon, also exported as $OPSTATE_BUS."""
+    private = PrivateBus(base_dir / "bus")
+    monkeypatch.setenv("OPSTATE_BUS", private.address)
+    yield private
+    private.stop()
+
+
+@pytest.fixture
+def daemon(bus: PrivateBus, runtime_dir: Path, base_dir: Path) -> Iterator[Daemon]:
+    """opstated on the private bus, ready."""
+    d = Daemon(bus, runtime_dir, base_dir).start()
+    yield d
+    d.stop()
