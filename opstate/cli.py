@@ -54,6 +54,16 @@ def _exit_code(text: str) -> int:
     return int(text)
 
 
+def _descriptor(text: str) -> int:
+    if not text.isdigit() or int(text) < 3:
+        raise argparse.ArgumentTypeError(f"not an open descriptor number above 2: {text!r}")
+    try:
+        os.fstat(int(text))
+    except OSError:
+        raise argparse.ArgumentTypeError(f"descriptor {text} is not open") from None
+    return int(text)
+
+
 def _say(message: str) -> None:
     print(f"opstate: {message}", file=sys.stderr, flush=True)
 
@@ -128,6 +138,44 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
     return daemon.main(argv)
 
 
+def _cmd_rest(args: argparse.Namespace) -> int:
+    import ipaddress
+    import logging
+    from pathlib import Path
+
+    from opstate import auth, hooks, rest
+    from opstate.client import StateWatcher
+    from opstate.daemon import setup_logging
+
+    if args.users is None:
+        raise UsageError("opstate rest: --users FILE is required (there is no built-in user); "
+                         "create one with: opstate rest passwd USER --users FILE")
+    users = auth.Users(Path(args.users))
+    if args.words[:1] == ["passwd"] and len(args.words) == 2:
+        password = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else __import__("getpass").getpass()
+        try:
+            users.set_password(args.words[1], password)
+        except ValueError as exc:
+            raise UsageError(f"opstate rest passwd: {exc}") from None
+        _say(f"password of {args.words[1]} set in {args.users}")
+        return EX_OK
+    if args.words:
+        raise UsageError("opstate rest: usage: opstate rest [passwd USER] --users FILE [options]")
+    if (args.cert is None) != (args.key is None):
+        raise UsageError("opstate rest: --cert and --key go together")
+    host = "127.0.0.1" if args.host == "localhost" else args.host
+    if args.cert is None and not ipaddress.ip_address(host).is_loopback:
+        raise UsageError(f"opstate rest: plain HTTP is only served on loopback; give --cert and --key for {host}")
+    setup_logging("INFO", "opstate-rest")
+    logging.getLogger("opstate.rest").info("users from %s", args.users)
+    hook_runner = hooks.load(Path(args.hooks) if args.hooks else None, args.runtime_dir)
+    with StateWatcher(args.bus) as watcher:
+        app = rest.create_app(watcher, users, hook_runner, secure=args.cert is not None,
+                              idle_timeout=args.session_idle_timeout)
+        rest.serve(app, host, args.port, args.cert, args.key)
+    return EX_OK
+
+
 def _forward_signals(child: subprocess.Popen[bytes]) -> dict[int, Callable[..., object] | int | None]:
     def forward(signum: int, _frame: object) -> None:
         child.send_signal(signum)
@@ -144,6 +192,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     with operation(kind, wait=args.wait, runtime_dir=args.runtime_dir,
                    command=os.path.basename(command[0]), on_wait=report):
+        if args.ready_fd is not None:
+            # Tell whoever started us that the lock is ours, and keep the descriptor from CMD.
+            os.write(args.ready_fd, b"locked\n")
+            os.close(args.ready_fd)
         try:
             child = subprocess.Popen(command)
         except OSError as exc:
@@ -172,6 +224,8 @@ def _parser() -> _Parser:
                      help="wait for a running operation to end (forever, or up to SECONDS)")
     run.add_argument("--conflict-exit-code", type=_exit_code, default=EX_TEMPFAIL, metavar="N",
                      help="exit code when another operation is in progress (default 75)")
+    run.add_argument("--ready-fd", type=_descriptor, metavar="FD",
+                     help="write 'locked' to descriptor FD once the lock is taken, then close it")
     run.set_defaults(func=_cmd_run)
 
     status = sub.add_parser("status", parents=[common], help="say whether an operation is in progress")
@@ -189,6 +243,18 @@ def _parser() -> _Parser:
     watch.add_argument("--json", action="store_true", help="print JSON lines")
     watch.add_argument("--bus", help="system, session or a D-Bus address")
     watch.set_defaults(func=_cmd_watch)
+
+    rest = sub.add_parser("rest", parents=[common], help="serve the LineRate REST API (or: rest passwd USER)")
+    rest.add_argument("words", nargs="*", metavar="passwd USER", help="set USER's password (read from stdin)")
+    rest.add_argument("--host", default="127.0.0.1")
+    rest.add_argument("--port", type=int, default=8443)
+    rest.add_argument("--cert", help="TLS certificate (PEM); with --key, serve HTTPS")
+    rest.add_argument("--key", help="TLS private key (PEM)")
+    rest.add_argument("--users", metavar="FILE", help="users file (written by opstate rest passwd)")
+    rest.add_argument("--hooks", metavar="FILE", help="JSON: exec node (backup/home, ...) -> argv")
+    rest.add_argument("--session-idle-timeout", type=_seconds, default=900.0, metavar="SECONDS")
+    rest.add_argument("--bus", help="system, session or a D-Bus address")
+    rest.set_defaults(func=_cmd_rest)
 
     daemon = sub.add_parser("daemon", parents=[common], help="run the daemon (same as opstated)")
     daemon.add_argument("--bus", help="system, session or a D-Bus address (default $OPSTATE_BUS or system)")

@@ -30,7 +30,7 @@ log = logging.getLogger("opstated")
 RECONCILE_SECONDS = 60.0
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, program: str = "opstated") -> None:
     """Log to stderr: with syslog priority prefixes under journald (sd-daemon(3)), plain otherwise."""
     handler = logging.StreamHandler(sys.stderr)
     if os.environ.get("JOURNAL_STREAM"):
@@ -42,7 +42,7 @@ def setup_logging(level: str) -> None:
 
         handler.setFormatter(_Journal("%(message)s"))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s opstated[%(process)d] %(levelname)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {program}[%(process)d] %(levelname)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

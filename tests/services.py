@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -100,6 +101,9 @@ class NotifySocket:
         self.sock.close()
 
 
+_instances = itertools.count()
+
+
 class Daemon:
     """``opstated`` as a process; :meth:`start` returns once it sent READY=1."""
 
@@ -112,9 +116,10 @@ class Daemon:
 
     def start(self) -> Daemon:
         self.restarts += 1
-        self.notify = NotifySocket(self.work / f"notify-{id(self)}-{self.restarts}")
+        self.tag = f"{os.getpid()}-{next(_instances)}"
+        self.notify = NotifySocket(self.work / f"notify-{self.tag}")
         env = {**os.environ, "NOTIFY_SOCKET": str(self.notify.path), **self.env}
-        self.log = (self.work / f"daemon-{id(self)}-{self.restarts}.log").open("w")
+        self.log = (self.work / f"daemon-{self.tag}.log").open("w")
         self.proc = subprocess.Popen([sys.executable, "-m", "opstate.daemon", "--bus", self.bus.address,
                                       "--runtime-dir", str(self.runtime_dir)], env=env, stderr=self.log, text=True)
         self.notify.expect("READY=1")
@@ -128,10 +133,50 @@ class Daemon:
         return code
 
     def log_text(self) -> str:
-        return (self.work / f"daemon-{id(self)}-{self.restarts}.log").read_text()
+        return (self.work / f"daemon-{self.tag}.log").read_text()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.kill(signal.SIGTERM)
         if self.notify is not None:
             self.notify.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RestServer:
+    """``opstate rest`` as a process on loopback, with a users file holding ``demo``/``secret``."""
+
+    def __init__(self, bus: PrivateBus, runtime_dir: Path, work: Path, hooks: Path | None = None,
+                 extra: list[str] | None = None, scheme: str = "http") -> None:
+        self.users = work / "users"
+        subprocess.run([sys.executable, "-m", "opstate", "rest", "passwd", "demo", "--users", str(self.users)],
+                       input="secret\n", text=True, check=True, capture_output=True, timeout=30)
+        self.port = free_port()
+        self.base = f"{scheme}://127.0.0.1:{self.port}"
+        self.log_path = work / f"rest-{self.port}.log"
+        argv = [sys.executable, "-m", "opstate", "rest", "--port", str(self.port), "--users", str(self.users),
+                "--bus", bus.address, "--runtime-dir", str(runtime_dir), *(extra or [])]
+        if hooks is not None:
+            argv += ["--hooks", str(hooks)]
+        self.log = self.log_path.open("w")
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"REST server did not start: {self.log_path.read_text()}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.log.close()
