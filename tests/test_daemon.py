@@ -227,15 +227,16 @@ def test_state_watcher_knows_when_the_daemon_is_gone_and_back(daemon: Daemon, ru
         assert state is not None and state.pid == holder.pid
 
 
-def test_unit_files_pass_systemd_analyze_verify(base_dir: Path) -> None:
+@pytest.mark.parametrize("name", ["opstate.service", "opstate-rest.service"])
+def test_unit_files_pass_systemd_analyze_verify(base_dir: Path, name: str) -> None:
     root = Path(__file__).resolve().parent.parent
-    unit = (root / "systemd" / "opstate.service").read_text()
-    assert "ExecStart=/usr/local/bin/opstated --bus system" in unit
-    local = base_dir / "opstate.service"
-    local.write_text(unit.replace("/usr/local/bin/opstated", str(Path(sys.executable).parent / "opstated")))
+    unit = (root / "systemd" / name).read_text()
+    assert "ExecStart=/usr/local/bin/opstate" in unit
+    local = base_dir / name
+    local.write_text(unit.replace("/usr/local/bin/", str(Path(sys.executable).parent) + "/"))
     result = subprocess.run(["systemd-analyze", "verify", str(local)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stderr == "", result.stderr
-    broken = base_dir / "broken.service"
+    broken = base_dir / f"broken-{name}"
     broken.write_text(local.read_text().replace("ExecStart=", "ExecStart=/nonexistent/opstated #"))
     assert subprocess.run(["systemd-analyze", "verify", str(broken)], capture_output=True,
                           timeout=60).returncode != 0
