@@ -183,6 +183,24 @@ def _forward_signals(child: subprocess.Popen[bytes]) -> dict[int, Callable[..., 
     return {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
 
 
+def _die_with_us() -> Callable[[], None]:
+    """A preexec_fn that has the kernel SIGKILL the command if we die (PR_SET_PDEATHSIG, prctl(2)).
+
+    Our death releases the lock; a command that ran on would then overlap the next operation.
+    """
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # we died before the prctl took effect
+            os._exit(128 + signal.SIGKILL)
+
+    return preexec
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     kind = check_kind(args.kind)
     command = args.command
@@ -197,7 +215,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             os.write(args.ready_fd, b"locked\n")
             os.close(args.ready_fd)
         try:
-            child = subprocess.Popen(command)
+            child = subprocess.Popen(command, preexec_fn=_die_with_us())
         except OSError as exc:
             _say(f"cannot run {command[0]}: {exc.strerror}")
             return 127 if isinstance(exc, FileNotFoundError) else 126

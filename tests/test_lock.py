@@ -103,8 +103,8 @@ def test_sigkilled_holder_releases_and_its_record_is_ignored(how: str, runtime_d
         holder = procs.holder("upgrade", runtime_dir)
     else:
         marker = base_dir / "started"
-        holder = procs.start([sys.executable, "-m", "opstate", "run", "upgrade", "--", "sh", "-c",
-                              f"touch {marker}; exec sleep 30"])
+        holder = procs.start([sys.executable, "-m", "opstate", "run", "upgrade", "--", sys.executable, "-c",
+                              f"import pathlib, time; pathlib.Path('{marker}').touch(); time.sleep(30)"])
         wait_for(marker.exists, what="opstate run to start its command")
     assert opstate.probe(runtime_dir).pid == holder.pid
     holder.send_signal(signal.SIGKILL)
@@ -116,7 +116,20 @@ def test_sigkilled_holder_releases_and_its_record_is_ignored(how: str, runtime_d
         fresh = record.read(runtime_dir)
         assert fresh is not None and (fresh.pid, fresh.operation) == (os.getpid(), "backup")
     if how == "opstate run":
-        subprocess.run(["pkill", "-f", f"touch {marker}"], check=False)
+        # The command must not run on unlocked: the kernel kills it with its runner (PR_SET_PDEATHSIG).
+        wait_for(lambda: not _running_with(str(marker)), timeout=2, what="the orphaned command to be killed")
+
+
+def _running_with(word: str) -> list[int]:
+    """Pids of live processes whose command line contains ``word``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and word.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return found
 
 
 def _forge(runtime_dir: Path, pid: int, start: int, operation: str = "upgrade") -> None:
