@@ -13,6 +13,8 @@ import time
 from collections import deque
 from pathlib import Path
 
+from opstate.errors import Error
+
 __all__ = ["LoginThrottle", "Sessions", "Users", "hash_password"]
 
 # scrypt cost: n=2**14, r=8 takes ~50 ms and 16 MiB here: slow for a guesser, fine for a login.
@@ -46,11 +48,17 @@ class Users:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._hashes: dict[str, str] = {}
-        if path.exists():
-            for line in path.read_text().splitlines():
-                name, sep, stored = line.partition(":")
-                if sep and name and not line.startswith("#"):
-                    self._hashes[name] = stored
+        try:
+            text = path.read_text() if path.exists() else ""
+        except (OSError, UnicodeDecodeError) as exc:
+            raise Error(f"cannot read users file {path}: {exc}") from exc
+        for line in text.splitlines():
+            name, sep, stored = line.partition(":")
+            if sep and name and not line.startswith("#"):
+                self._hashes[name] = stored
+
+    def __len__(self) -> int:
+        return len(self._hashes)
 
     def check(self, name: str, password: str) -> bool:
         """Whether ``password`` is ``name``'s; as slow for unknown users as for known ones."""

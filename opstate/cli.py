@@ -150,8 +150,8 @@ def _cmd_rest(args: argparse.Namespace) -> int:
     if args.users is None:
         raise UsageError("opstate rest: --users FILE is required (there is no built-in user); "
                          "create one with: opstate rest passwd USER --users FILE")
-    users = auth.Users(Path(args.users))
     if args.words[:1] == ["passwd"] and len(args.words) == 2:
+        users = auth.Users(Path(args.users))
         password = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else __import__("getpass").getpass()
         try:
             users.set_password(args.words[1], password)
@@ -164,8 +164,15 @@ def _cmd_rest(args: argparse.Namespace) -> int:
     if (args.cert is None) != (args.key is None):
         raise UsageError("opstate rest: --cert and --key go together")
     host = "127.0.0.1" if args.host == "localhost" else args.host
-    if args.cert is None and not ipaddress.ip_address(host).is_loopback:
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        raise UsageError(f"opstate rest: --host takes an IP address, not {host!r}") from None
+    if args.cert is None and not loopback:
         raise UsageError(f"opstate rest: plain HTTP is only served on loopback; give --cert and --key for {host}")
+    users = auth.Users(Path(args.users))
+    if not users:
+        raise Error(f"no users in {args.users}; add one with: opstate rest passwd USER --users {args.users}")
     setup_logging("INFO", "opstate-rest")
     logging.getLogger("opstate.rest").info("users from %s", args.users)
     hook_runner = hooks.load(Path(args.hooks) if args.hooks else None, args.runtime_dir)

@@ -21,7 +21,7 @@ from typing import Any
 from opstate.errors import Busy, Error
 from opstate.state import State, probe
 
-__all__ = ["NODES", "HookResult", "Hooks", "load"]
+__all__ = ["NODES", "HookResult", "Hooks", "NotConfigured", "load"]
 
 log = logging.getLogger("opstate.hooks")
 
@@ -34,6 +34,10 @@ NODES: dict[str, tuple[str, str]] = {
     "upgrade": ("upgrade", "json"),
 }
 EX_TEMPFAIL = 75
+
+
+class NotConfigured(Error):
+    """The exec node has no hook in the hooks file."""
 
 
 @dataclass
@@ -67,7 +71,7 @@ class Hooks:
         kind, data_type = NODES[node]
         argv = self.commands.get(node)
         if not argv:
-            raise Error(f"no hook is configured for /exec/system/util/{node}; add it to the hooks file")
+            raise NotConfigured(f"no hook is configured for /exec/system/util/{node}; add it to the hooks file")
         argument = data if data_type == "string" else json.dumps(data)
         ready_r, ready_w = os.pipe()
         runner = [sys.executable, "-m", "opstate", "run", kind, "--ready-fd", str(ready_w)]

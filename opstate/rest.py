@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from opstate.auth import LoginThrottle, Sessions, Users
 from opstate.errors import Busy, Error, Unavailable
-from opstate.hooks import NODES, Hooks
+from opstate.hooks import NODES, Hooks, NotConfigured
 from opstate.state import State
 
 __all__ = ["IN_PROGRESS", "create_app"]
@@ -42,7 +42,8 @@ MAX_BODY = 16 * 1024
 # internalResponseCode: 101 "Path not found" is the reference's; the others are ours, one per failure.
 _INTERNAL = {400: (102, "Bad request"), 401: (103, "Not authenticated"), 404: (101, "Path not found"),
              405: (104, "Method not allowed"), 409: (105, "Operation in progress"), 413: (106, "Request too large"),
-             429: (107, "Too many failed logins"), 500: (108, "Internal error"), 503: (109, "State unknown")}
+             429: (107, "Too many failed logins"), 500: (108, "Internal error"), 501: (110, "Not configured"),
+             503: (109, "State unknown")}
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,8 @@ def create_app(watcher: Any, users: Users, hooks: Hooks, *, secure: bool = False
             started = await hooks.start(leaf.exec_node, payload["data"])
         except Busy as exc:
             return error(path, 409, f"{exc}.")
+        except NotConfigured as exc:
+            return error(path, 501, f"{exc}.")
         except Error as exc:
             return error(path, 500, f"{exc}.")
         # Read-your-writes: answer once the node itself says 1, so a GET right after the PUT agrees.

@@ -223,17 +223,22 @@ def test_symlinked_lock_file_is_refused(runtime_dir: Path, base_dir: Path) -> No
     target = base_dir / "elsewhere"
     target.write_text("")
     (runtime_dir / "operation.lock").symlink_to(target)
-    with pytest.raises(opstate.RuntimeDirError, match="symbolic link"), \
+    with pytest.raises(opstate.RuntimeDirError,
+                       match=r"^cannot open lock file .*: it is a symbolic link; remove it$"), \
             opstate.operation("backup", runtime_dir=runtime_dir):
         pass
+    assert (runtime_dir / "operation.lock").is_symlink() and target.read_text() == ""
+    assert sorted(p.name for p in runtime_dir.iterdir()) == ["operation.lock"]
 
 
 def test_fifo_lock_file_is_refused(runtime_dir: Path) -> None:
     runtime_dir.mkdir(mode=0o750)
     os.mkfifo(runtime_dir / "operation.lock", 0o640)
-    with pytest.raises(opstate.RuntimeDirError, match="not a regular file"), \
+    with pytest.raises(opstate.RuntimeDirError, match=r"^lock file .* is not a regular file; remove it$"), \
             opstate.operation("backup", runtime_dir=runtime_dir):
         pass
+    assert sorted(p.name for p in runtime_dir.iterdir()) == ["operation.lock"]
+    assert opstate.probe(runtime_dir) == opstate.State()
 
 
 def test_failed_record_write_releases_the_lock_and_leaves_no_half_record(runtime_dir: Path,

@@ -236,13 +236,29 @@ def test_https_with_a_self_signed_certificate(daemon: Daemon, bus: PrivateBus, r
 
 @pytest.mark.parametrize("argv, message", [
     (["rest"], "--users FILE is required"),
-    (["rest", "--users", "/tmp/x", "--host", "0.0.0.0"], "plain HTTP is only served on loopback"),
-    (["rest", "--users", "/tmp/x", "--cert", "c.pem"], "--cert and --key go together"),
-    (["rest", "frob", "--users", "/tmp/x"], "usage: opstate rest"),
+    (["rest", "--users", "USERS", "--host", "0.0.0.0"], "plain HTTP is only served on loopback"),
+    (["rest", "--users", "USERS", "--host", "example.com"], "--host takes an IP address"),
+    (["rest", "--users", "USERS", "--cert", "c.pem"], "--cert and --key go together"),
+    (["rest", "frob", "--users", "USERS"], "usage: opstate rest"),
 ])
-def test_rest_usage_errors(argv: list[str], message: str) -> None:
+def test_rest_usage_errors(argv: list[str], message: str, base_dir: Path) -> None:
+    argv = [str(base_dir / "users") if a == "USERS" else a for a in argv]
     result = subprocess.run(opstate(*argv), capture_output=True, text=True, timeout=30)
     assert result.returncode == 64 and message in result.stderr
+    assert not (base_dir / "users").exists()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: None, "no users in"),
+    (lambda p: p.mkdir(), "cannot read users file"),
+    (lambda p: p.write_bytes(b"\xff\xfe"), "cannot read users file"),
+])
+def test_unusable_users_file_is_a_clear_error(base_dir: Path, make: object, message: str) -> None:
+    users = base_dir / "users"
+    make(users)  # type: ignore[operator]
+    result = subprocess.run(opstate("rest", "--users", str(users), "--port", "1"), capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 71 and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_passwd_writes_a_salted_scrypt_hash(base_dir: Path) -> None:
