@@ -23,7 +23,8 @@ from opstate.errors import Unavailable
 from opstate.names import BUS_NAME, ERROR_PREFIX, INTERFACE, OBJECT_PATH
 from opstate.state import State
 
-__all__ = ["Connection", "EventLoop", "OpStateInterface", "connect", "read_state", "subscribe"]
+__all__ = ["Connection", "EventLoop", "OpStateInterface", "Publication", "Subscription", "connect", "read_state",
+           "subscribe"]
 
 log = logging.getLogger(__name__)
 

@@ -103,10 +103,20 @@ def _same_inode(fd: int, path: Path) -> bool:
 
 def _acquire(directory: Path, kind: str, wait: float | None, on_wait: WaitCallback | None) -> int:
     """Return a descriptor holding the lock, or raise Busy once ``wait`` seconds have passed."""
+    while True:
+        fd = _lock(directory, kind, wait, on_wait)
+        if _same_inode(fd, directory / LOCK_NAME):
+            return fd
+        # The file was replaced under us: a lock on the old inode excludes nobody; start over.
+        unlock_descriptor(fd)
+        os.close(fd)
+
+
+def _lock(directory: Path, kind: str, wait: float | None, on_wait: WaitCallback | None) -> int:
     fd = runtime.open_lock_file(directory)
     try:
         if _try_lock(fd):
-            return _checked(fd, directory, kind, wait, on_wait)
+            return fd
         if wait == 0:
             raise Busy(kind, probe(directory))
         start = time.monotonic()
@@ -122,20 +132,10 @@ def _acquire(directory: Path, kind: str, wait: float | None, on_wait: WaitCallba
                     on_wait(probe(directory), now - start)
                     next_report = now + PROGRESS_INTERVAL
                 watch.wait(min(_SAFETY_WAKE, next_report - now, float("inf") if deadline is None else deadline - now))
-        return _checked(fd, directory, kind, wait, on_wait)
+        return fd
     except BaseException:
         os.close(fd)
         raise
-
-
-def _checked(fd: int, directory: Path, kind: str, wait: float | None, on_wait: WaitCallback | None) -> int:
-    """Return ``fd`` if it still is the lock file; if it was replaced, a lock on the old inode excludes
-    nobody, so start over on the new file."""
-    if _same_inode(fd, directory / LOCK_NAME):
-        return fd
-    unlock_descriptor(fd)
-    os.close(fd)
-    return _acquire(directory, kind, wait, on_wait)
 
 
 def held_by_ancestor(directory: Path) -> State | None:

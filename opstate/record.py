@@ -7,6 +7,7 @@ match the process that /proc/locks says holds the lock (see :mod:`opstate.state`
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -43,8 +44,8 @@ def write(directory: Path, record: Record) -> None:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
         try:
-            if os.write(fd, data) != len(data):
-                raise OSError(28, "short write")
+            if os.write(fd, data) != len(data):  # a short write of a few hundred bytes means a full disk
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -282,3 +282,25 @@ def test_threads_in_one_process_join_rather_than_deadlock(runtime_dir: Path) -> 
         t.start()
         t.join(timeout=5)
     assert done.is_set()
+
+
+def test_lock_on_a_replaced_file_is_retaken_on_the_new_one(runtime_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with opstate.operation("backup", runtime_dir=runtime_dir):
+        pass
+    lock = runtime_dir / "operation.lock"
+    real_open = opstate.lock.runtime.open_lock_file
+    opened: list[int] = []
+
+    def open_then_replace(directory: Path) -> int:
+        fd = real_open(directory)
+        if not opened:  # the first descriptor ends up on an inode that is no longer the lock file
+            lock.rename(runtime_dir / "old.lock")
+            lock.touch(mode=0o640)
+        opened.append(fd)
+        return fd
+
+    monkeypatch.setattr("opstate.lock.runtime.open_lock_file", open_then_replace)
+    with opstate.operation("upgrade", runtime_dir=runtime_dir):
+        assert len(opened) == 2
+        assert opstate.probe(runtime_dir).operation == "upgrade"
+        assert os.fstat(opened[1]).st_ino == lock.stat().st_ino
