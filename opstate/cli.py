@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         _say(str(exc))
         return int(getattr(args, "conflict_exit_code", EX_TEMPFAIL))
     except Unavailable as exc:
-        _say(f"{exc}; is the opstate daemon running? (systemctl status opstate)")
+        _say(f"{exc}; check it with: systemctl status opstate")
         return EX_UNAVAILABLE
     except RuntimeDirError as exc:
         _say(str(exc))
