@@ -147,6 +147,12 @@ def create_app(watcher: Any, users: Users, hooks: Hooks, *, secure: bool = False
         path = "/" + request.path_params["path"].strip("/")
         if sessions.touch(request.cookies.get(COOKIE)) is None:
             return error(path, 401, "not logged in or session expired; POST /login first.")
+        try:
+            return await dispatch(request, path)
+        except Unavailable as exc:
+            return error(path, 503, f"{exc}.")
+
+    async def dispatch(request: Request, path: str) -> Response:
         if path not in tree.leaves and path not in tree.children:
             return error(path, 404, f"{path} does not exist.")
         leaf = tree.leaves.get(path)
@@ -155,16 +161,10 @@ def create_app(watcher: Any, users: Users, hooks: Hooks, *, secure: bool = False
             return error(path, 405, f"{request.method} is not allowed on {path}.", {"Allow": ", ".join(allowed)})
         if leaf is None:
             recurse = request.query_params.get("level") == "recurse"
-            try:
-                return Response(_dumps(tree.get(path, request.query_params.get("op"), recurse)),
-                                media_type="application/json")
-            except Unavailable as exc:
-                return error(path, 503, f"{exc}; the in-progress state is unknown.")
+            return Response(_dumps(tree.get(path, request.query_params.get("op"), recurse)),
+                            media_type="application/json")
         if leaf.read is not None:
-            try:
-                return Response(_dumps(leaf_envelope(path, leaf.read(), leaf.type)), media_type="application/json")
-            except Unavailable as exc:
-                return error(path, 503, f"{exc}; the in-progress state is unknown.")
+            return Response(_dumps(leaf_envelope(path, leaf.read(), leaf.type)), media_type="application/json")
         return await put_exec(request, path, leaf)
 
     async def put_exec(request: Request, path: str, leaf: Leaf) -> Response:
@@ -214,7 +214,10 @@ def create_app(watcher: Any, users: Users, hooks: Hooks, *, secure: bool = False
             user, password = fields.get("username"), fields.get("password")
         except (ValueError, AttributeError):
             user = password = None
-        if not isinstance(user, str) or not isinstance(password, str) or not users.check(user, password):
+        if not isinstance(user, str) or not isinstance(password, str):
+            user = password = ""
+        # scrypt takes tens of milliseconds: keep it off the event loop.
+        if not user or not await asyncio.get_running_loop().run_in_executor(None, users.check, user, password):
             throttle.failed(address)
             log.warning("failed login for %r from %s", user, address)
             if as_json:
