@@ -17,7 +17,9 @@ def test_short_soak_keeps_every_invariant() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert re.search(r"invariants: overlapping holders 0, 0 while held > window 0, 1 long after release 0, "
-                     r"reader failures 0", out)
+                     r"lost signals 0, reader failures 0", out)
+    observed = int(re.search(r"signals: (\d+) holds began and ended", out).group(1))  # type: ignore[union-attr]
+    assert observed > 5, out
     completed, killed, restarts = map(int, re.search(  # type: ignore[union-attr]
         r"(\d+) operations completed, (\d+) holders SIGKILLed, (\d+) daemon restarts", out).groups())
     assert completed > 10 and killed > 0 and restarts > 0, out
