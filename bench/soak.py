@@ -74,6 +74,7 @@ class Run:
     runner_holds: list[tuple[int, int]] = field(default_factory=list)
     daemon_up: list[tuple[int, int]] = field(default_factory=list)  # from READY=1 to SIGKILL
     signals: set[tuple[str, int]] = field(default_factory=set)  # (Started|Finished, holder pid)
+    listening: threading.Event = field(default_factory=threading.Event)
     completed: int = 0
     restarts: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -133,6 +134,8 @@ def signal_listener(stop: threading.Event, run: Run, spec: str) -> None:
     assert monitor.stdout is not None
     threading.Thread(target=lambda: (stop.wait(), monitor.terminate()), daemon=True).start()
     for line in monitor.stdout:
+        if "is owned by" in line:
+            run.listening.set()
         found = re.search(r"\.(Started|Finished) \('\w*', uint32 (\d+)", line)
         if found:
             with run.lock:
@@ -253,16 +256,20 @@ def main(argv: list[str] | None = None) -> int:
         daemon = Daemon(bus, rt, work).start()
         server = RestServer(bus, rt, work)
         run, stop = Run(), threading.Event()
-        threads = [threading.Thread(target=contender, args=(stop, run, random.Random(seed + i), rt, log))
+        listener = threading.Thread(target=signal_listener, args=(stop, run, bus.address))
+        listener.start()
+        if not run.listening.wait(10):
+            raise SystemExit("gdbus monitor did not start")
+        threads = [listener]
+        threads += [threading.Thread(target=contender, args=(stop, run, random.Random(seed + i), rt, log))
                    for i in range(3)]
         threads += [threading.Thread(target=daemon_killer, args=(stop, run, random.Random(seed - 1), daemon)),
                     threading.Thread(target=watcher_reader, args=(stop, run, bus.address)),
                     threading.Thread(target=dbus_reader, args=(stop, run, bus.address)),
-                    threading.Thread(target=rest_reader, args=(stop, run, server)),
-                    threading.Thread(target=signal_listener, args=(stop, run, bus.address))]
+                    threading.Thread(target=rest_reader, args=(stop, run, server))]
         failures: list[BaseException] = []
         threading.excepthook = lambda hook: failures.append(hook.exc_value)  # type: ignore[assignment,arg-type]
-        for t in threads:
+        for t in threads[1:]:
             t.start()
         time.sleep(args.seconds)
         stop.set()
