@@ -74,10 +74,17 @@ class Users:
             raise ValueError("empty password")
         self._hashes[name] = hash_password(password)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.writelines(f"{n}:{h}\n" for n, h in sorted(self._hashes.items()))
-        os.replace(tmp, self.path)
+        try:
+            tmp.unlink(missing_ok=True)  # a leftover could have looser permissions than ours
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.writelines(f"{n}:{h}\n" for n, h in sorted(self._hashes.items()))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise Error(f"cannot write users file {self.path}: {exc.strerror or exc}") from exc
 
 
 class Sessions:
@@ -131,17 +138,29 @@ class LoginThrottle:
         self._lock = threading.Lock()
 
     def _recent(self, address: str, now: float) -> deque[float]:
+        for stale in [a for a, f in self._failures.items() if not f or now - f[-1] > self.window]:
+            del self._failures[stale]
         failures = self._failures.setdefault(address, deque())
         while failures and now - failures[0] > self.window:
             failures.popleft()
         return failures
 
-    def blocked(self, address: str) -> bool:
-        """Whether ``address`` must wait before trying again."""
-        with self._lock:
-            return len(self._recent(address, time.monotonic())) >= self.limit
+    def attempt(self, address: str) -> bool:
+        """Count a login attempt from ``address`` as failed until :meth:`succeeded`; False if over the limit.
 
-    def failed(self, address: str) -> None:
-        """Count a failed login from ``address``."""
+        Counting before the (slow) password check keeps parallel attempts from slipping past the limit.
+        """
         with self._lock:
-            self._recent(address, time.monotonic()).append(time.monotonic())
+            now = time.monotonic()
+            failures = self._recent(address, now)
+            if len(failures) >= self.limit:
+                return False
+            failures.append(now)
+            return True
+
+    def succeeded(self, address: str) -> None:
+        """The attempt from ``address`` was a good login: do not count it."""
+        with self._lock:
+            failures = self._failures.get(address)
+            if failures:
+                failures.pop()

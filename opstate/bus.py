@@ -23,8 +23,17 @@ from opstate.errors import Unavailable
 from opstate.names import BUS_NAME, ERROR_PREFIX, INTERFACE, OBJECT_PATH
 from opstate.state import State
 
-__all__ = ["Connection", "EventLoop", "OpStateInterface", "Publication", "Subscription", "connect", "read_state",
-           "subscribe"]
+__all__ = [
+    "Connection",
+    "EventLoop",
+    "OpStateInterface",
+    "Publication",
+    "Subscription",
+    "connect",
+    "disconnect",
+    "read_state",
+    "subscribe",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +65,12 @@ def connect(spec: str) -> Connection:
     # The shared system/session connections raise SIGTERM when the bus goes away; we decide ourselves.
     bus.con.set_exit_on_close(False)
     return bus
+
+
+def disconnect(bus: Connection, spec: str) -> None:
+    """Close a connection made to an address; the shared system and session connections stay open."""
+    if spec not in ("system", "session"):
+        bus.con.close_sync(None)
 
 
 def _variants(state: State) -> dict[str, GLib.Variant]:
@@ -269,6 +284,8 @@ class Subscription:
         self._context = GLib.MainContext.new()
         self._loop = GLib.MainLoop.new(self._context, False)
         self._bus: Connection | None = None
+        self._handles: list[int] = []
+        self._closed_handler = 0
         self._thread = threading.Thread(target=self._run, name="opstate-subscription", daemon=True)
         self._thread.start()
 
@@ -287,11 +304,13 @@ class Subscription:
             return False
         self._bus = bus
         con = bus.con
-        con.signal_subscribe(BUS_NAME, PROPERTIES, "PropertiesChanged", OBJECT_PATH, INTERFACE,
-                             Gio.DBusSignalFlags.NONE, self._on_properties)
-        con.signal_subscribe("org.freedesktop.DBus", "org.freedesktop.DBus", "NameOwnerChanged",
-                             "/org/freedesktop/DBus", BUS_NAME, Gio.DBusSignalFlags.NONE, self._on_owner)
-        con.connect("closed", self._on_closed)
+        self._handles = [
+            con.signal_subscribe(BUS_NAME, PROPERTIES, "PropertiesChanged", OBJECT_PATH, INTERFACE,
+                                 Gio.DBusSignalFlags.NONE, self._on_properties),
+            con.signal_subscribe("org.freedesktop.DBus", "org.freedesktop.DBus", "NameOwnerChanged",
+                                 "/org/freedesktop/DBus", BUS_NAME, Gio.DBusSignalFlags.NONE, self._on_owner),
+        ]
+        self._closed_handler = con.connect("closed", self._on_closed)
         self._reread()
         return False
 
@@ -308,11 +327,10 @@ class Subscription:
 
     def _on_reply(self, con: Any, result: Any) -> None:
         try:
-            reply = con.call_finish(result)
-        except GLib.Error:
-            self._on_state(None)  # no owner now; NameOwnerChanged tells us when it comes back
-            return
-        self._on_state(_state(reply.get_child_value(0)))
+            state: State | None = _state(con.call_finish(result).get_child_value(0))
+        except (GLib.Error, KeyError):
+            state = None  # no owner now (NameOwnerChanged tells us when it returns), or a malformed answer
+        self._on_state(state)
 
     def _on_properties(self, _con: Any, _sender: str, _path: str, _iface: str, _name: str, params: Any) -> None:
         try:
@@ -328,13 +346,28 @@ class Subscription:
             self._on_state(None)
 
     def _on_closed(self, *_args: object) -> None:
-        self._bus = None
+        self._detach()
         self._on_state(None)
         self._retry()
 
+    def _detach(self) -> None:
+        if self._bus is not None:
+            con, self._bus = self._bus.con, None
+            for handle in self._handles:
+                con.signal_unsubscribe(handle)
+            con.disconnect(self._closed_handler)
+
+    def _stop(self) -> bool:
+        bus = self._bus
+        self._detach()
+        if bus is not None:
+            disconnect(bus, self._spec)
+        self._loop.quit()
+        return False
+
     def close(self) -> None:
-        """Stop the thread."""
-        self._context.invoke_full(GLib.PRIORITY_HIGH, self._loop.quit)
+        """Unsubscribe and stop the thread."""
+        self._context.invoke_full(GLib.PRIORITY_HIGH, self._stop)
         self._thread.join(timeout=5)
 
 

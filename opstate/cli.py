@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import suppress
 from typing import NoReturn
 
 from opstate import runtime
@@ -155,7 +156,7 @@ def _cmd_rest(args: argparse.Namespace) -> int:
         password = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else __import__("getpass").getpass()
         try:
             users.set_password(args.words[1], password)
-        except ValueError as exc:
+        except ValueError as exc:  # a bad name or an empty password; Error (cannot write) goes to main()
             raise UsageError(f"opstate rest passwd: {exc}") from None
         _say(f"password of {args.words[1]} set in {args.users}")
         return EX_OK
@@ -219,7 +220,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                    command=os.path.basename(command[0]), on_wait=report):
         if args.ready_fd is not None:
             # Tell whoever started us that the lock is ours, and keep the descriptor from CMD.
-            os.write(args.ready_fd, b"locked\n")
+            with suppress(BrokenPipeError):  # whoever waited has gone; the operation goes on
+                os.write(args.ready_fd, b"locked\n")
             os.close(args.ready_fd)
         try:
             child = subprocess.Popen(command, preexec_fn=_die_with_us())

@@ -27,7 +27,11 @@ def bus_spec(spec: str | None = None) -> str:
 def get_state(spec: str | None = None) -> State:
     """Return the daemon's current state in one call; raise :class:`Unavailable` if it does not answer."""
     spec = bus_spec(spec)
-    return bus.read_state(bus.connect(spec), spec)
+    connection = bus.connect(spec)
+    try:
+        return bus.read_state(connection, spec)
+    finally:
+        bus.disconnect(connection, spec)
 
 
 class StateWatcher:

@@ -21,7 +21,7 @@ from typing import Any
 from opstate.errors import Busy, Error
 from opstate.state import State, probe
 
-__all__ = ["NODES", "HookResult", "Hooks", "NotConfigured", "load"]
+__all__ = ["NODES", "BadData", "HookResult", "Hooks", "NotConfigured", "load"]
 
 log = logging.getLogger("opstate.hooks")
 
@@ -38,6 +38,10 @@ EX_TEMPFAIL = 75
 
 class NotConfigured(Error):
     """The exec node has no hook in the hooks file."""
+
+
+class BadData(Error):
+    """The PUT's data cannot be handed to a hook as one argument."""
 
 
 @dataclass
@@ -73,6 +77,12 @@ class Hooks:
         if not argv:
             raise NotConfigured(f"no hook is configured for /exec/system/util/{node}; add it to the hooks file")
         argument = data if data_type == "string" else json.dumps(data)
+        if argument.startswith("-") or "\0" in argument:
+            raise BadData(f"data for {node} must not start with '-' or contain NUL: the hook gets it as an argument")
+        try:
+            argument.encode()
+        except UnicodeEncodeError:
+            raise BadData(f"data for {node} is not valid Unicode text") from None
         ready_r, ready_w = os.pipe()
         runner = [sys.executable, "-m", "opstate", "run", kind, "--ready-fd", str(ready_w)]
         if self.runtime_dir:
@@ -82,6 +92,9 @@ class Hooks:
                                                         stdin=asyncio.subprocess.DEVNULL,
                                                         stdout=asyncio.subprocess.PIPE,
                                                         stderr=asyncio.subprocess.STDOUT)
+        except OSError as exc:
+            os.close(ready_r)
+            raise Error(f"cannot start the {node} hook: {exc}") from exc
         finally:
             os.close(ready_w)
         try:
@@ -102,12 +115,25 @@ class Hooks:
         task.add_done_callback(self._tasks.discard)
         return result
 
+    @staticmethod
+    def _output(result: HookResult, raw: bytes) -> None:
+        line = raw.decode(errors="replace").rstrip()
+        result.output = [*result.output[-199:], line]
+        log.info("%s: %s", result.node, line)
+
     async def _follow(self, proc: asyncio.subprocess.Process, result: HookResult) -> None:
+        # Read chunks, not lines: a line over the stream's limit must not stop us draining the pipe
+        # (a hook blocked on a full pipe would hold the lock for ever).
         assert proc.stdout is not None
-        async for raw in proc.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            result.output.append(line)
-            log.info("%s: %s", result.node, line)
+        pending = b""
+        while chunk := await proc.stdout.read(65536):
+            *lines, pending = (pending + chunk).split(b"\n")
+            if len(pending) > 65536:
+                lines, pending = [*lines, pending], b""
+            for raw in lines:
+                self._output(result, raw)
+        if pending:
+            self._output(result, pending)
         result.exit_code = await proc.wait()
         result.finished = time.time()
         level = logging.INFO if result.exit_code == 0 else logging.ERROR

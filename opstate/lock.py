@@ -138,16 +138,28 @@ def _lock(directory: Path, kind: str, wait: float | None, on_wait: WaitCallback 
         raise
 
 
+# How deep this thread is inside operation() blocks it holds itself.
+_depth = threading.local()
+
+
 def held_by_ancestor(directory: Path) -> State | None:
-    """Return the state if our environment names an operation that an ancestor (or we) really hold."""
+    """Return the state if our environment names an operation that an ancestor process really holds,
+    or that this very thread holds (a nested ``with``).
+
+    Another thread of the holding process does not join: it takes the lock like anyone else, since it
+    may outlive the holder's block.
+    """
     value = os.environ.get(HELD_ENV, "")
     kind, _, pid_text = value.partition(":")
     if not pid_text.isdigit():
         return None
-    current = probe(directory)
-    if current.pid != int(pid_text) or current.operation != kind:
+    pid = int(pid_text)
+    if pid == os.getpid() and not getattr(_depth, "value", 0):
         return None
-    return current if current.pid in proc.ancestors(os.getpid()) else None
+    current = probe(directory)
+    if current.pid != pid or current.operation != kind:
+        return None
+    return current if pid in proc.ancestors(os.getpid()) else None
 
 
 @contextmanager
@@ -177,7 +189,11 @@ def operation(
         if held.operation != kind:
             raise Busy(kind, held, f"this process runs inside it (${HELD_ENV}); nested operations must be "
                                    f"of the same kind")
-        yield held
+        _depth.value = getattr(_depth, "value", 0) + 1
+        try:
+            yield held
+        finally:
+            _depth.value -= 1
         return
     fd = _acquire(directory, kind, wait, on_wait)
     try:
@@ -187,9 +203,11 @@ def operation(
         record.write(directory, rec)
         previous = os.environ.get(HELD_ENV)
         os.environ[HELD_ENV] = f"{kind}:{pid}"
+        _depth.value = getattr(_depth, "value", 0) + 1
         try:
             yield State(True, kind, pid, rec.uid, rec.since, rec.command)
         finally:
+            _depth.value -= 1
             if previous is None:
                 os.environ.pop(HELD_ENV, None)
             else:

@@ -44,6 +44,8 @@ def write(directory: Path, record: Record) -> None:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
         try:
+            if os.geteuid() == 0:  # the runtime directory's group may read the record (not the lock)
+                os.fchown(fd, -1, os.stat(directory).st_gid)
             if os.write(fd, data) != len(data):  # a short write of a few hundred bytes means a full disk
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             os.fsync(fd)

@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from opstate.auth import LoginThrottle, Sessions, Users
 from opstate.errors import Busy, Error, Unavailable
-from opstate.hooks import NODES, Hooks, NotConfigured
+from opstate.hooks import NODES, BadData, Hooks, NotConfigured
 from opstate.state import State
 
 __all__ = ["IN_PROGRESS", "create_app"]
@@ -189,6 +189,8 @@ def create_app(watcher: Any, users: Users, hooks: Hooks, *, secure: bool = False
             return error(path, 409, f"{exc}.")
         except NotConfigured as exc:
             return error(path, 501, f"{exc}.")
+        except BadData as exc:
+            return error(path, 400, f"{exc}.")
         except Error as exc:
             return error(path, 500, f"{exc}.")
         # Read-your-writes: answer once the node itself says 1, so a GET right after the PUT agrees.
@@ -206,7 +208,7 @@ def create_app(watcher: Any, users: Users, hooks: Hooks, *, secure: bool = False
         body = await read_body(request, "/login")
         if isinstance(body, Response):
             return body
-        if throttle.blocked(address):
+        if not throttle.attempt(address):
             return error("/login", 429, "too many failed logins from this address; wait a minute.",
                          {"Retry-After": str(int(throttle.window))})
         try:
@@ -218,11 +220,11 @@ def create_app(watcher: Any, users: Users, hooks: Hooks, *, secure: bool = False
             user = password = ""
         # scrypt takes tens of milliseconds: keep it off the event loop.
         if not user or not await asyncio.get_running_loop().run_in_executor(None, users.check, user, password):
-            throttle.failed(address)
             log.warning("failed login for %r from %s", user, address)
             if as_json:
                 return error("/login", 401, "wrong user name or password.")
             return Response(status_code=302, headers={"Location": "/login"})
+        throttle.succeeded(address)
         sid = sessions.create(user)
         headers = {"Set-Cookie": f"{COOKIE}={sid}{cookie_flags}"}
         if as_json:

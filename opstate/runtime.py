@@ -33,6 +33,12 @@ def prepare(directory: Path, group: str | int | None = None) -> None:
     ``group`` (a name or gid) owns the directory when we create it as root, so its members may read
     the state directly; the lock file stays unreadable to them (see :func:`open_lock_file`).
     """
+    gid = None
+    if group is not None:
+        try:
+            gid = group if isinstance(group, int) else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise RuntimeDirError(f"unknown group {group!r} for {directory}; create it or leave --group out") from None
     try:
         os.mkdir(directory, DIR_MODE)
     except FileExistsError:
@@ -42,8 +48,8 @@ def prepare(directory: Path, group: str | int | None = None) -> None:
                               "create it as root or choose another with --runtime-dir") from exc
     else:
         os.chmod(directory, DIR_MODE)  # mkdir's mode is filtered by the umask
-        if group is not None and os.geteuid() == 0:
-            os.chown(directory, 0, group if isinstance(group, int) else grp.getgrnam(group).gr_gid)
+        if gid is not None and os.geteuid() == 0:
+            os.chown(directory, 0, gid)
     try:
         st = os.lstat(directory)
     except PermissionError as exc:

@@ -272,16 +272,23 @@ def test_lock_fd_is_not_inherited_by_children(runtime_dir: Path) -> None:
         assert str(lock_inode) not in out
 
 
-def test_threads_in_one_process_join_rather_than_deadlock(runtime_dir: Path) -> None:
-    done = threading.Event()
+def test_another_thread_of_the_holder_does_not_join(runtime_dir: Path) -> None:
+    outcome: list[str] = []
     with opstate.operation("backup", runtime_dir=runtime_dir):
-        def inner() -> None:
-            with opstate.operation("backup", runtime_dir=runtime_dir, wait=1):
-                done.set()
-        t = threading.Thread(target=inner)
+        def other() -> None:
+            try:
+                with opstate.operation("backup", runtime_dir=runtime_dir, wait=0.3):
+                    outcome.append("joined")
+            except opstate.Busy:
+                outcome.append("busy")
+        t = threading.Thread(target=other)
         t.start()
         t.join(timeout=5)
-    assert done.is_set()
+        assert outcome == ["busy"], "a thread that may outlive the holder's block must not run unlocked"
+    t = threading.Thread(target=other)
+    t.start()
+    t.join(timeout=5)
+    assert outcome == ["busy", "joined"]
 
 
 def test_lock_on_a_replaced_file_is_retaken_on_the_new_one(runtime_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -304,3 +311,10 @@ def test_lock_on_a_replaced_file_is_retaken_on_the_new_one(runtime_dir: Path, mo
         assert len(opened) == 2
         assert opstate.probe(runtime_dir).operation == "upgrade"
         assert os.fstat(opened[1]).st_ino == lock.stat().st_ino
+
+
+def test_unknown_group_is_refused_before_anything_is_created(runtime_dir: Path) -> None:
+    with pytest.raises(opstate.RuntimeDirError, match="unknown group 'no-such-group'"), \
+            opstate.operation("backup", runtime_dir=runtime_dir, group="no-such-group"):
+        pass
+    assert not runtime_dir.exists()

@@ -273,3 +273,38 @@ def test_passwd_writes_a_salted_scrypt_hash(base_dir: Path) -> None:
 
     assert Users(users).check("alice", "pw") and not Users(users).check("alice", "pW")
     assert not Users(users).check("bob", "pw")
+
+
+@pytest.mark.parametrize("data", ["-rf", "--config=/etc/shadow", "a\u0000b", "\ud800"])
+def test_data_that_cannot_be_one_safe_argument_is_refused(server: RestServer, jar: Path, base_dir: Path,
+                                                          data: str) -> None:
+    body = json.dumps({"data": data, "type": "string", "default": False})
+    answer = curl(server.base + API + "/exec/system/util/backup/home", "-X", "PUT", "--data", body, jar=jar)
+    assert envelope(answer, 400)["message"].startswith("Request failed: data for backup/home ")
+    assert not (base_dir / "hook.sh.args").exists()
+    assert curl(server.base + API + NODE, jar=jar).json() == seed(0)
+
+
+def test_a_hook_writing_a_huge_line_still_finishes(daemon: Daemon, bus: PrivateBus, runtime_dir: Path,
+                                                   base_dir: Path) -> None:
+    script = base_dir / "chatty.sh"
+    script.write_text("#!/bin/sh\nhead -c 300000 /dev/zero | tr '\\\\0' x\necho\necho done\n")
+    script.chmod(0o755)
+    hooks = base_dir / "chatty.json"
+    hooks.write_text(json.dumps({"upgrade": [str(script)]}))
+    server = RestServer(bus, runtime_dir, base_dir, hooks=hooks)
+    try:
+        jar = base_dir / "chatty-jar"
+        curl(server.base + "/login", "-d", "username=demo&password=secret", jar=jar)
+        put = curl(server.base + API + "/exec/system/util/upgrade", "-X", "PUT", "--data",
+                   '{"data": {"v": 2}, "type": "json", "default": false}', jar=jar)
+        assert put.status == 200
+        detail = API + "/status/system/config/backupRestoreUpgradeDetail"
+
+        def finished() -> object:
+            results = curl(server.base + detail, jar=jar).json()[detail.removeprefix(API)]["data"]["lastResults"]
+            return results.get("upgrade", {}).get("exitCode") == 0 and results["upgrade"]
+        result = wait_for(finished, timeout=10, what="the hook to finish")
+        assert result["output"][-1] == "done"  # type: ignore[index]
+    finally:
+        server.stop()
