@@ -14,11 +14,10 @@ import select
 import struct
 from pathlib import Path
 
-__all__ = ["IN_CLOSE_WRITE", "IN_DELETE", "IN_MOVED_TO", "IN_Q_OVERFLOW", "DirWatch"]
+__all__ = ["IN_CLOSE_WRITE", "IN_MOVED_TO", "IN_Q_OVERFLOW", "DirWatch"]
 
 IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_TO = 0x00000080
-IN_DELETE = 0x00000200
 IN_Q_OVERFLOW = 0x00004000
 _IN_NONBLOCK = os.O_NONBLOCK
 _IN_CLOEXEC = os.O_CLOEXEC
