@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import subprocess
@@ -267,7 +268,10 @@ def test_passwd_writes_a_salted_scrypt_hash(base_dir: Path) -> None:
         subprocess.run(opstate("rest", "passwd", "alice", "--users", str(users)), input="pw\n", text=True,
                        check=True, capture_output=True, timeout=30)
     line = users.read_text().strip()
-    assert line.startswith("alice:scrypt$16384$8$1$") and "pw" not in line.split(":", 1)[1]
+    name, stored = line.split(":", 1)
+    scheme, n, r, p, salt, digest = stored.split("$")
+    assert (name, scheme, n, r, p) == ("alice", "scrypt", "16384", "8", "1")
+    assert len(base64.b64decode(salt)) == 16 and len(base64.b64decode(digest)) == 32
     assert users.stat().st_mode & 0o777 == 0o600
     from opstate.auth import Users
 
