@@ -46,9 +46,8 @@ _UNREACHABLE = {
     "org.freedesktop.DBus.Error.NoReply", "org.freedesktop.DBus.Error.Disconnected",
     "org.freedesktop.DBus.Error.TimedOut", "org.freedesktop.DBus.Error.Timeout",
 }
-_ERRORS: dict[str, type[errors.Error]] = {
-    cls.dbus_error_name: cls for cls in (errors.Error, errors.Busy, errors.RuntimeDirError, errors.InvalidKind)
-}
+# The errors the daemon can send, by D-Bus name; each is rebuilt from its message.
+_ERRORS: dict[str, type[errors.Error]] = {cls.dbus_error_name: cls for cls in (errors.Error, errors.RuntimeDirError)}
 
 
 def connect(spec: str) -> Connection:

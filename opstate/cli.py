@@ -15,8 +15,8 @@ from typing import NoReturn
 
 from opstate import runtime
 from opstate.errors import Busy, Error, InvalidKind, RuntimeDirError, Unavailable
-from opstate.lock import check_kind, operation
-from opstate.names import KINDS
+from opstate.lock import check_kind, held_by_ancestor, operation
+from opstate.names import EX_TEMPFAIL, KINDS
 from opstate.state import State, format_duration, probe
 
 __all__ = ["main"]
@@ -25,7 +25,6 @@ EX_OK = 0
 EX_USAGE = 64
 EX_UNAVAILABLE = 69
 EX_OSERR = 71
-EX_TEMPFAIL = 75
 EX_NOPERM = 77
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -86,8 +85,6 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _inside_own_operation(runtime_dir: str | None) -> State | None:
     """The operation this process runs inside, if $OPSTATE_HELD names a live ancestor holder."""
-    from opstate.lock import held_by_ancestor
-
     try:
         return held_by_ancestor(runtime.resolve(runtime_dir))
     except Error:
@@ -103,12 +100,11 @@ def _cmd_wait(args: argparse.Namespace) -> int:
         return EX_TEMPFAIL
     with StateWatcher(args.bus) as watcher:
         try:
-            state = watcher.wait_for(lambda s: s is None or not s.in_progress, args.timeout)
+            watcher.wait_for(lambda s: s is None or not s.in_progress, args.timeout)
         except TimeoutError as exc:
             _say(f"gave up waiting after {format_duration(args.timeout)}: {exc}")
             return EX_TEMPFAIL
-    if state is None:
-        raise Unavailable("the opstate daemon is not running or not reachable")
+        watcher.get()  # unknown is not idle: raises Unavailable if the daemon is gone
     return EX_OK
 
 

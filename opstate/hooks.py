@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from opstate.errors import Busy, Error
+from opstate.names import EX_TEMPFAIL
 from opstate.state import State, probe
 
 __all__ = ["NODES", "BadData", "HookResult", "Hooks", "NotConfigured", "load"]
@@ -33,7 +34,6 @@ NODES: dict[str, tuple[str, str]] = {
     "restore/full": ("restore", "string"),
     "upgrade": ("upgrade", "json"),
 }
-EX_TEMPFAIL = 75
 
 
 class NotConfigured(Error):

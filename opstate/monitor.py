@@ -78,9 +78,10 @@ class Monitor:
             return self.refresh()
         return None
 
-    def refresh(self) -> Change | None:
-        """Probe the lock and return the change, if the state differs from what we publish."""
-        new = probe(self.directory)
+    def refresh(self, new: State | None = None) -> Change | None:
+        """Probe the lock (unless ``new`` is a fresh probe already) and return the change, if the state
+        differs from what we publish."""
+        new = probe(self.directory) if new is None else new
         old = self.state
         if new == old:
             return None
@@ -100,9 +101,10 @@ class Monitor:
         change = self.on_events()
         if change is not None:
             return change
-        if probe(self.directory) != self.state:
+        current = probe(self.directory)
+        if current != self.state:
             log.error("published state was wrong (%s); an event was missed, correcting", self.state.describe())
-            return self.refresh()
+            return self.refresh(current)
         return None
 
     def _how_it_ended(self, old: State) -> str:
@@ -129,4 +131,3 @@ def _log_change(change: Change) -> None:
                      change.new.command, change.new.uid)
     if not change.events:
         log.info("now: %s", change.new.describe())
-

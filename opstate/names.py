@@ -15,6 +15,9 @@ HELD_ENV: Final = "OPSTATE_HELD"
 LOCK_NAME: Final = "operation.lock"
 RECORD_NAME: Final = "holder.json"
 
+#: sysexits.h EX_TEMPFAIL: another operation is in progress (``opstate run``'s default conflict exit code).
+EX_TEMPFAIL: Final = 75
+
 BUS_NAME: Final = "org.opstate.OpState1"
 OBJECT_PATH: Final = "/org/opstate/OpState1"
 INTERFACE: Final = "org.opstate.OpState1"
